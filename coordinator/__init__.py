@@ -1,0 +1,1 @@
+"""The coordinator: creates experiments (one Optuna study per fold) and reports on them."""

@@ -1,0 +1,1 @@
+"""Code shared by the coordinator and the workers: data, splits, model, training, storage."""

@@ -1,0 +1,191 @@
+"""The one place that turns a storage setting into an Optuna storage.
+
+Two backends are supported:
+
+* PostgreSQL (``postgresql+psycopg2://user:password@host:5432/db``), for workers
+  on several machines. It has heartbeats for stale-trial recovery.
+* An Optuna journal file (any value without ``://``, a file path), the embedded
+  default. Its appends are serialized by a lock file, so several worker
+  processes on one machine can share it. SQLite is rejected because concurrent
+  writers hit "database is locked".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import logging
+import os
+import re
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import optuna
+import sqlalchemy
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage
+from optuna.storages.journal import JournalFileBackend
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
+
+from shared.errors import ConfigError, StorageError
+
+logger = logging.getLogger(__name__)
+
+STORAGE_ENV = "HPO_STORAGE"
+DEFAULT_CONNECT_TIMEOUT_S = 120.0
+
+
+def mask_url(storage: str) -> str:
+    """Return the storage setting with any password replaced by ***."""
+    if "://" not in storage:
+        return storage
+    try:
+        return make_url(storage).render_as_string(hide_password=True)
+    except ArgumentError:
+        # Not parseable as a URL: hide everything between "//" and "@" instead.
+        return re.sub(r"//[^@/]*@", "//***@", storage)
+
+
+def resolve_storage_setting(flag_value: str | None) -> str:
+    """Return the storage from the flag, else from $HPO_STORAGE, else fail."""
+    value = flag_value or os.environ.get(STORAGE_ENV)
+    if not value:
+        raise ConfigError(
+            f"no storage given: pass --storage or set {STORAGE_ENV} to a "
+            "postgresql+psycopg2:// URL or a journal file path"
+        )
+    return value
+
+
+def is_journal(storage: str) -> bool:
+    return "://" not in storage
+
+
+def _check_rdb_url(storage: str) -> None:
+    try:
+        url = make_url(storage)
+    except ArgumentError as error:
+        raise ConfigError(f"storage URL {mask_url(storage)} is invalid ({error})") from error
+    if url.get_backend_name() == "sqlite":
+        raise ConfigError(
+            f"storage {mask_url(storage)}: SQLite locks under concurrent workers; use a journal "
+            "file path for one machine or a postgresql+psycopg2:// URL for several"
+        )
+    if url.get_backend_name() != "postgresql":
+        raise ConfigError(
+            f"storage {mask_url(storage)}: only PostgreSQL URLs and journal file paths are supported"
+        )
+
+
+def open_storage(
+    storage: str,
+    *,
+    create_schema: bool,
+    connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
+    heartbeat_interval: int | None = None,
+    grace_period: int | None = None,
+    stale_trial_callback: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
+) -> BaseStorage:
+    """Open the storage, retrying with backoff while a database server is unreachable.
+
+    Workers pass ``create_schema=False``: only the coordinator creates tables,
+    because concurrent schema creation on an empty database races.
+    """
+    if is_journal(storage):
+        path = Path(storage)
+        if create_schema:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        elif not path.is_file():
+            raise StorageError(f"journal file {path} not found: create the experiment first")
+        return JournalStorage(JournalFileBackend(str(path)))
+
+    _check_rdb_url(storage)
+    engine_kwargs = {
+        # PostgreSQL drops idle connections during long trials, and restarts drop
+        # all of them: test each connection before use and renew it regularly.
+        "pool_pre_ping": True,
+        "pool_recycle": 300,
+        "pool_size": 2,
+        "max_overflow": 2,
+        "connect_args": {"connect_timeout": 10},
+    }
+    deadline = time.monotonic() + connect_timeout_s
+    delay = 1.0
+    while True:
+        try:
+            return _rdb_storage(storage, engine_kwargs, create_schema, heartbeat_interval,
+                                grace_period, stale_trial_callback)
+        except OperationalError as error:
+            remaining = deadline - time.monotonic()
+            reason = str(error.orig).strip().splitlines()[0] if error.orig else type(error).__name__
+            if remaining <= 0:
+                raise StorageError(
+                    f"database {mask_url(storage)} not reachable after {connect_timeout_s:.0f} s "
+                    f"({reason}): check that the server runs and the URL is right"
+                ) from None
+            logger.warning("database %s not reachable (%s); retrying in %.0f s", mask_url(storage), reason, delay)
+            time.sleep(min(delay, remaining))
+            delay = min(delay * 2, 15.0)
+        except RuntimeError as error:
+            # Optuna raises RuntimeError for a schema version mismatch, naming
+            # `optuna storage upgrade`; workers must not upgrade it themselves.
+            raise StorageError(f"storage {mask_url(storage)}: {error}") from None
+        except SQLAlchemyError as error:
+            raise StorageError(f"storage {mask_url(storage)} failed to open: {type(error).__name__}") from None
+
+
+def _rdb_storage(storage, engine_kwargs, create_schema, heartbeat_interval, grace_period, stale_trial_callback):
+    """Build the RDBStorage, unwrapping Optuna's wrapper around connection errors."""
+    with warnings.catch_warnings():
+        # Heartbeat arguments are marked experimental in Optuna 5.1; they have
+        # been stable since 2.9, and the warning would repeat in every process.
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        try:
+            return RDBStorage(
+                storage,
+                engine_kwargs=engine_kwargs,
+                skip_table_creation=not create_schema,
+                heartbeat_interval=heartbeat_interval,
+                grace_period=grace_period,
+                heartbeat_stale_trial_callback=stale_trial_callback,
+            )
+        except optuna.exceptions.StorageInternalError as error:
+            if isinstance(error.__cause__, OperationalError):
+                raise error.__cause__ from None
+            raise
+
+
+def _lock_key(experiment: str) -> int:
+    digest = hashlib.sha256(f"smiles-hpo:{experiment}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+@contextlib.contextmanager
+def experiment_lock(storage_setting: str, storage: BaseStorage, experiment: str) -> Iterator[None]:
+    """Serialize budget checks and trial creation of one experiment across all processes.
+
+    Journal files use an flock on a file beside the journal, PostgreSQL a
+    session advisory lock. Both are released when the holder dies.
+    """
+    if is_journal(storage_setting):
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", experiment)
+        lock_path = Path(f"{storage_setting}.{safe}.lock")
+        with lock_path.open("a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+        return
+
+    assert isinstance(storage, RDBStorage)
+    with storage.engine.connect() as connection:
+        connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": _lock_key(experiment)})
+        try:
+            yield
+        finally:
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": _lock_key(experiment)})
+            connection.commit()

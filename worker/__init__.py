@@ -1,0 +1,1 @@
+"""The worker: pulls trials of an experiment's fold studies, trains them and reports ROC-AUC."""

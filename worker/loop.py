@@ -1,0 +1,237 @@
+"""The worker loop: claim a trial in the fold with the most remaining budget, train it, repeat."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import torch
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.trial import TrialState
+
+from shared.cleaning import load_dataset
+from shared.errors import ExperimentMismatchError, HpoError
+from shared.experiment import ExperimentRecord, load_experiment
+from shared.liveness import keep_alive, sweep_stale_trials
+from shared.optimization import build_pruner, build_sampler, trial_seed
+from shared.recovery import enqueue_retry, fail_and_retry
+from shared.search_space import suggest
+from shared.splits import FoldSplit
+from shared.storage import experiment_lock, mask_url, open_storage
+from shared.training import EncodedData, NonFiniteLossError, TrainingInterrupted, TrainSettings
+from worker.objective import TensorBoardLog, train_trial
+
+logger = logging.getLogger(__name__)
+
+EXIT_DONE = 0
+EXIT_TOO_MANY_FAILURES = 3
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    storage: str
+    experiment: str
+    worker_id: str
+    device: torch.device
+    logdir: Path | None
+    data_path: str | None
+    connect_timeout_s: float
+    heartbeat_interval: int | None
+    grace_period: int | None
+    poll_interval_s: float = 5.0
+    max_consecutive_failures: int = 3
+
+
+@dataclass
+class _Fold:
+    study: optuna.Study
+    split: FoldSplit
+
+
+class Worker:
+    def __init__(self, options: WorkerOptions, stop: threading.Event):
+        self.options = options
+        self.stop = stop
+        self.hostname = socket.gethostname()
+
+    def run(self) -> int:
+        """Serve the experiment until every fold has its budget; return the exit status."""
+        options = self.options
+        self.storage = open_storage(
+            options.storage,
+            create_schema=False,
+            connect_timeout_s=options.connect_timeout_s,
+            heartbeat_interval=options.heartbeat_interval,
+            grace_period=options.grace_period,
+            stale_trial_callback=self._on_stale_trial,
+        )
+        self.record = load_experiment(self.storage, options.experiment)
+        self.data = self._load_data(self.record)
+        self.folds = self._load_folds(self.record)
+        logger.info("worker %s serves %s (%d folds, %d trials each) from %s on %s",
+                    options.worker_id, options.experiment, len(self.folds),
+                    self.record.settings.trials_per_fold, mask_url(options.storage), options.device)
+
+        consecutive_failures = 0
+        while not self.stop.is_set():
+            claim = self._claim_trial()
+            if claim is None:
+                if self._all_done():
+                    logger.info("worker %s: every fold has its budget; exiting", options.worker_id)
+                    return EXIT_DONE
+                self.stop.wait(options.poll_interval_s)
+                continue
+            outcome = self._run_trial(*claim)
+            if outcome == "failed":
+                consecutive_failures += 1
+                if consecutive_failures >= options.max_consecutive_failures:
+                    logger.error(
+                        "worker %s: %d trials failed in a row; exiting instead of failing more "
+                        "(see each trial's `error` user attribute)", options.worker_id, consecutive_failures,
+                    )
+                    return EXIT_TOO_MANY_FAILURES
+            elif outcome in ("complete", "pruned"):
+                consecutive_failures = 0
+        logger.info("worker %s: stop requested; exiting", options.worker_id)
+        return EXIT_DONE
+
+    def _load_data(self, record: ExperimentRecord) -> EncodedData:
+        path = self.options.data_path or record.dataset_path
+        spec = record.settings.dataset_spec(path)
+        dataset = load_dataset(spec)
+        if dataset.fingerprint != record.fingerprint:
+            raise ExperimentMismatchError(
+                f"worker data {spec.describe()} has fingerprint {dataset.fingerprint[:12]} "
+                f"({len(dataset.smiles)} molecules), but experiment {record.name} was created from data "
+                f"with fingerprint {record.fingerprint[:12]} ({record.n_molecules} molecules): "
+                "give the worker the coordinator's data file with --data / HPO_DATA"
+            )
+        return EncodedData(dataset.smiles, dataset.labels, self.options.device)
+
+    def _load_folds(self, record: ExperimentRecord) -> dict[int, _Fold]:
+        settings = record.settings
+        # A different sampler seed per worker: with one fixed seed every worker
+        # would propose the same first configurations.
+        worker_seed = trial_seed(settings.seed, self.options.worker_id, 0)
+        folds = {}
+        for fold in record.folds:
+            study = optuna.load_study(
+                study_name=fold.study_name, storage=self.storage,
+                sampler=build_sampler(settings.sampler, worker_seed + fold.fold),
+                pruner=build_pruner(settings.pruner),
+            )
+            folds[fold.fold] = _Fold(study, FoldSplit.decode(fold.split, record.n_molecules))
+        return folds
+
+    def _counts(self, study: optuna.Study) -> tuple[int, int]:
+        """Return (finished, running) trials; finished counts COMPLETE and PRUNED."""
+        trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
+        running = sum(t.state == TrialState.RUNNING for t in trials)
+        return len(trials) - running, running
+
+    def _all_done(self) -> bool:
+        budget = self.record.settings.trials_per_fold
+        return all(self._counts(fold.study)[0] >= budget for fold in self.folds.values())
+
+    def _on_stale_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        enqueue_retry(study, trial, "heartbeat stale: its worker stopped responding", self.record.settings.max_retries)
+
+    def _claim_trial(self) -> tuple[int, optuna.Trial] | None:
+        """Start a trial in the fold with the most open budget, or return None if none has any.
+
+        Counting and asking happen under the experiment lock, so concurrent
+        workers never start more trials than a fold's budget. WAITING trials
+        (the baseline, retries) are popped first by `ask`.
+        """
+        budget = self.record.settings.trials_per_fold
+        with experiment_lock(self.options.storage, self.storage, self.options.experiment):
+            candidates = []
+            for index, fold in self.folds.items():
+                sweep_stale_trials(fold.study)  # every fold, so no fold keeps stale RUNNING trials
+                finished, running = self._counts(fold.study)
+                open_slots = budget - finished - running
+                if open_slots > 0:
+                    candidates.append((open_slots, -running, -index))
+            if not candidates:
+                return None
+            index = -max(candidates)[2]
+            study = self.folds[index].study
+            with warnings.catch_warnings():
+                # Optuna warns that heartbeats are meant for Study.optimize;
+                # this loop runs its own heartbeat thread (shared.liveness).
+                warnings.filterwarnings("ignore", message="Heartbeat of storage", category=UserWarning)
+                trial = study.ask()
+            trial.set_user_attr("worker_id", self.options.worker_id)
+        return index, trial
+
+    def _run_trial(self, index: int, trial: optuna.Trial) -> str:
+        """Train one claimed trial and tell its result; returns complete, pruned, failed, interrupted or late."""
+        study = self.folds[index].study
+        settings = self.record.settings
+        label = f"worker {self.options.worker_id} {study.study_name} trial {trial.number}"
+        seed = trial_seed(settings.seed, study.study_name, trial.number)
+        trial.set_user_attr("seed", seed)
+        trial.set_user_attr("hostname", self.hostname)
+        trial.set_user_attr("device", str(self.options.device))
+        params = suggest(trial, settings.search_space)
+        logger.info("%s started: %s", label, trial.params)
+        tensorboard = TensorBoardLog(self.options.logdir, study.study_name, trial.number)
+        train_settings = TrainSettings(settings.max_epochs, settings.patience, settings.batch_size)
+
+        state, value = TrialState.COMPLETE, None
+        with keep_alive(self.storage, trial._trial_id, label):
+            try:
+                value = train_trial(trial, params, self.data, self.folds[index].split, train_settings,
+                                    seed, tensorboard, self.stop.is_set, label)
+            except optuna.TrialPruned as pruned:
+                state = TrialState.PRUNED
+                logger.info("%s %s", label, pruned)
+            except TrainingInterrupted:
+                with experiment_lock(self.options.storage, self.storage, self.options.experiment):
+                    frozen = study._storage.get_trial(trial._trial_id)
+                    fail_and_retry(study, frozen, f"worker {self.options.worker_id} was stopped", settings.max_retries)
+                logger.warning("%s interrupted by a stop request; failed it and enqueued a retry", label)
+                return "interrupted"
+            except UpdateFinishedTrialError:
+                logger.warning("%s was already finished by another worker (stale heartbeat?); "
+                               "discarding its late result", label)
+                return "late"
+            except Exception as error:  # noqa: BLE001 - any trial error fails only that trial
+                return self._fail_trial(study, trial, label, error)
+        return self._tell(study, trial, state, value, label)
+
+    def _fail_trial(self, study: optuna.Study, trial: optuna.Trial, label: str, error: Exception) -> str:
+        if isinstance(error, torch.cuda.OutOfMemoryError):
+            torch.cuda.empty_cache()
+            kind = "CUDA out of memory"
+        elif isinstance(error, NonFiniteLossError):
+            kind = "non-finite loss"
+        else:
+            kind = type(error).__name__
+        message = f"{kind}: {error}"[:1000]
+        logger.warning("%s failed: %s", label, message, exc_info=not isinstance(error, (NonFiniteLossError, HpoError)))
+        try:
+            trial.set_user_attr("error", message)
+            study.tell(trial, state=TrialState.FAIL)
+        except (UpdateFinishedTrialError, ValueError):
+            logger.warning("%s was already finished by another worker; nothing to record", label)
+        return "failed"
+
+    def _tell(self, study: optuna.Study, trial: optuna.Trial, state: TrialState, value: float | None, label: str) -> str:
+        try:
+            study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
+        except (UpdateFinishedTrialError, ValueError):
+            # Another worker failed this trial as stale (a network cut or a
+            # stall past the grace period) and enqueued its retry; the retry's
+            # result counts, this one is discarded.
+            logger.warning("%s finished after it was failed as stale; discarding its late result", label)
+            return "late"
+        held_out = study._storage.get_trial(trial._trial_id).user_attrs.get("held_out_auc")
+        logger.info("%s %s: dev AUC %s, held-out AUC %s", label, state.name.lower(),
+                    f"{value:.4f}" if value is not None else "n/a", f"{held_out:.4f}" if held_out is not None else "n/a")
+        return state.name.lower()
