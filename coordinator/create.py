@@ -11,7 +11,7 @@ from optuna.storages import BaseStorage
 
 from shared.cleaning import CleanDataset
 from shared.errors import ExperimentMismatchError
-from shared.experiment import HPO_FORMAT, ExperimentSettings, study_name
+from shared.experiment import HPO_FORMAT, ExperimentSettings, package_version, study_name
 from shared.splits import FoldSplit, make_splits
 from shared.storage import experiment_lock
 
@@ -35,6 +35,7 @@ def fold_attributes(
 ) -> dict[str, Any]:
     return {
         "hpo_format": HPO_FORMAT,
+        "hpo_version": package_version(),
         "experiment": experiment,
         "fold": fold,
         "settings": settings.as_dict(),
@@ -49,7 +50,7 @@ def fold_attributes(
 def _differences(stored: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
     """Describe each compared attribute that differs, recursing one level into settings."""
     lines = []
-    for key in ("hpo_format", "dataset_fingerprint", "n_molecules", "settings", "split"):
+    for key in ("hpo_format", "hpo_version", "dataset_fingerprint", "n_molecules", "settings", "split"):
         old, new = stored.get(key), wanted[key]
         if old == new:
             continue

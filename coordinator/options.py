@@ -45,7 +45,11 @@ def add_experiment_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--search-space", default=env_default("HPO_SEARCH_SPACE", "reference"),
                        help="built-in space (reference, small) or a TOML file [HPO_SEARCH_SPACE]")
     group.add_argument("--sampler", choices=SAMPLERS, default=env_default("HPO_SAMPLER", "tpe"), help="[HPO_SAMPLER]")
-    group.add_argument("--pruner", choices=PRUNERS, default=env_default("HPO_PRUNER", "median"), help="[HPO_PRUNER]")
+    group.add_argument("--pruner", choices=PRUNERS, default=env_default("HPO_PRUNER", "median"),
+                       help="median: prune trials below the median dev AUC of earlier ones at the same epoch; "
+                            "threshold: prune trials below --prune-below; none [HPO_PRUNER]")
+    group.add_argument("--prune-below", type=float, default=env_float("HPO_PRUNE_BELOW", 0.5),
+                       help="dev AUC under which the threshold pruner prunes (default 0.5) [HPO_PRUNE_BELOW]")
     group.add_argument("--max-retries", type=int, default=env_int("HPO_MAX_RETRIES", 2),
                        help="times an interrupted trial is retried with its parameters (default 2) [HPO_MAX_RETRIES]")
 
@@ -65,7 +69,12 @@ def settings_from_args(args: argparse.Namespace, spec: DatasetSpec) -> Experimen
     if args.folds < 2:
         raise ConfigError(f"--folds={args.folds} is invalid: use 2 or more")
     sampler = dict(DEFAULT_SAMPLER, name=args.sampler)
-    pruner = dict(DEFAULT_PRUNER, name=args.pruner)
+    if args.pruner == "median":
+        pruner = dict(DEFAULT_PRUNER)
+    elif args.pruner == "threshold":
+        pruner = {"name": "threshold", "lower": args.prune_below, "n_warmup_steps": 0}
+    else:
+        pruner = {"name": args.pruner}
     return ExperimentSettings(
         dataset=dataset_identity(spec),
         trials_per_fold=args.trials_per_fold,

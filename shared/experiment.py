@@ -3,6 +3,7 @@
 Each fold study ``<experiment>-fold<k>`` carries these study user attributes:
 
 * ``hpo_format``: the layout version of these attributes;
+* ``hpo_version``: the smiles-hpo release that created it; workers must match it;
 * ``experiment``, ``fold``: its identity;
 * ``settings``: every setting that changes results (dataset columns, folds,
   budget, epochs, search space, sampler, pruner), identical in all folds;
@@ -14,6 +15,7 @@ Each fold study ``<experiment>-fold<k>`` carries these study user attributes:
 
 from __future__ import annotations
 
+import importlib.metadata
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -25,6 +27,14 @@ from shared.datasets import DatasetSpec
 from shared.errors import ConfigError, ExperimentMismatchError, StorageError
 
 HPO_FORMAT = 1
+
+
+def package_version() -> str:
+    try:
+        return importlib.metadata.version("smiles-hpo")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 DEFAULT_SAMPLER = {"name": "tpe", "n_startup_trials": 10, "multivariate": True, "constant_liar": True}
@@ -124,6 +134,11 @@ def load_experiment(storage: BaseStorage, experiment: str) -> ExperimentRecord:
             raise ExperimentMismatchError(
                 f"study {name} has attribute format {attrs.get('hpo_format')!r}, this version reads "
                 f"{HPO_FORMAT}: run workers of the same version as the coordinator"
+            )
+        if attrs.get("hpo_version") != package_version():
+            raise ExperimentMismatchError(
+                f"study {name} was created by smiles-hpo {attrs.get('hpo_version')}, this process runs "
+                f"{package_version()}: install smiles-hpo {attrs.get('hpo_version')} here, or create a new experiment"
             )
         attrs_by_fold[int(attrs["fold"])] = (name, attrs)
 

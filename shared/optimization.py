@@ -14,7 +14,7 @@ import optuna
 from shared.errors import ConfigError
 
 SAMPLERS = ("tpe", "random")
-PRUNERS = ("median", "none")
+PRUNERS = ("median", "threshold", "none")
 
 
 def build_sampler(config: dict[str, Any], worker_seed: int | None) -> optuna.samplers.BaseSampler:
@@ -41,6 +41,11 @@ def build_pruner(config: dict[str, Any]) -> optuna.pruners.BasePruner:
         return optuna.pruners.MedianPruner(
             n_startup_trials=int(config.get("n_startup_trials", 5)),
             n_warmup_steps=int(config.get("n_warmup_steps", 5)),
+        )
+    if name == "threshold":
+        # Prunes a trial whose dev AUC is below `lower` after the warm-up epochs.
+        return optuna.pruners.ThresholdPruner(
+            lower=float(config.get("lower", 0.5)), n_warmup_steps=int(config.get("n_warmup_steps", 0)),
         )
     if name == "none":
         return optuna.pruners.NopPruner()

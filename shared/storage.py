@@ -31,6 +31,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 
 from shared.errors import ConfigError, StorageError
+from shared.resilience import RetryingRDBStorage
 
 logger = logging.getLogger(__name__)
 
@@ -116,8 +117,10 @@ def open_storage(
     delay = 1.0
     while True:
         try:
-            return _rdb_storage(storage, engine_kwargs, create_schema, heartbeat_interval,
-                                grace_period, stale_trial_callback)
+            if not create_schema:
+                return _rdb_storage(storage, engine_kwargs, False, heartbeat_interval, grace_period, stale_trial_callback)
+            with _schema_lock(storage):
+                return _rdb_storage(storage, engine_kwargs, True, heartbeat_interval, grace_period, stale_trial_callback)
         except OperationalError as error:
             remaining = deadline - time.monotonic()
             reason = str(error.orig).strip().splitlines()[0] if error.orig else type(error).__name__
@@ -144,7 +147,7 @@ def _rdb_storage(storage, engine_kwargs, create_schema, heartbeat_interval, grac
         # been stable since 2.9, and the warning would repeat in every process.
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         try:
-            return RDBStorage(
+            return RetryingRDBStorage(
                 storage,
                 engine_kwargs=engine_kwargs,
                 skip_table_creation=not create_schema,
@@ -156,6 +159,27 @@ def _rdb_storage(storage, engine_kwargs, create_schema, heartbeat_interval, grac
             if isinstance(error.__cause__, OperationalError):
                 raise error.__cause__ from None
             raise
+
+
+@contextlib.contextmanager
+def _schema_lock(storage: str) -> Iterator[None]:
+    """Hold a PostgreSQL advisory lock while Optuna creates its tables.
+
+    Optuna's table creation is not safe when several processes run it at once
+    on an empty database (duplicate-key errors), so coordinators take turns.
+    """
+    engine = sqlalchemy.create_engine(storage, poolclass=sqlalchemy.pool.NullPool,
+                                      connect_args={"connect_timeout": 10})
+    try:
+        with engine.connect() as connection:
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": _lock_key("#schema")})
+            try:
+                yield
+            finally:
+                connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": _lock_key("#schema")})
+                connection.commit()
+    finally:
+        engine.dispose()
 
 
 def _lock_key(experiment: str) -> int:
@@ -182,10 +206,18 @@ def experiment_lock(storage_setting: str, storage: BaseStorage, experiment: str)
         return
 
     assert isinstance(storage, RDBStorage)
+    key = _lock_key(experiment)
     with storage.engine.connect() as connection:
-        connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": _lock_key(experiment)})
+        connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": key})
+        # NOTE: if the server drops this connection while the block runs, the
+        # lock is gone and another process may count the budget concurrently.
         try:
             yield
         finally:
-            connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": _lock_key(experiment)})
-            connection.commit()
+            try:
+                connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+                connection.commit()
+            except SQLAlchemyError as error:
+                # A lost connection has released the lock on the server already.
+                logger.warning("advisory lock of experiment %s: unlock failed (%s)", experiment, type(error).__name__)
+                connection.invalidate()

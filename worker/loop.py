@@ -17,9 +17,10 @@ from optuna.trial import TrialState
 from shared.cleaning import load_dataset
 from shared.errors import ExperimentMismatchError, HpoError
 from shared.experiment import ExperimentRecord, load_experiment
-from shared.liveness import keep_alive, sweep_stale_trials
+from shared.liveness import heartbeat_interval, keep_alive, sweep_stale_trials
 from shared.optimization import build_pruner, build_sampler, trial_seed
 from shared.recovery import enqueue_retry, fail_and_retry
+from shared.resilience import retry_on_disconnect
 from shared.search_space import suggest
 from shared.splits import FoldSplit
 from shared.storage import experiment_lock, mask_url, open_storage
@@ -79,7 +80,7 @@ class Worker:
 
         consecutive_failures = 0
         while not self.stop.is_set():
-            claim = self._claim_trial()
+            claim = retry_on_disconnect(self._claim_trial, f"worker {options.worker_id} claim")
             if claim is None:
                 if self._all_done():
                     logger.info("worker %s: every fold has its budget; exiting", options.worker_id)
@@ -166,6 +167,10 @@ class Worker:
                 # this loop runs its own heartbeat thread (shared.liveness).
                 warnings.filterwarnings("ignore", message="Heartbeat of storage", category=UserWarning)
                 trial = study.ask()
+            if heartbeat_interval(self.storage) is not None:
+                # Optuna treats a RUNNING trial without any heartbeat as alive
+                # forever, so the first beat is recorded before the lock is freed.
+                self.storage.record_heartbeat(trial._trial_id)
             trial.set_user_attr("worker_id", self.options.worker_id)
         return index, trial
 
