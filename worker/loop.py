@@ -208,6 +208,8 @@ class Worker:
                 return "late"
             except Exception as error:  # noqa: BLE001 - any trial error fails only that trial
                 return self._fail_trial(study, trial, label, error)
+            finally:
+                tensorboard.close()
         return self._tell(study, trial, state, value, label)
 
     def _fail_trial(self, study: optuna.Study, trial: optuna.Trial, label: str, error: Exception) -> str:

@@ -32,14 +32,19 @@ class TensorBoardLog:
             self.writer.add_scalar("loss/dev", dev_loss, epoch)
             self.writer.add_scalar("auc/dev", dev_auc, epoch)
 
-    def close(self, params: HyperParams, metrics: dict[str, float]) -> None:
+    def hparams(self, params: HyperParams, metrics: dict[str, float]) -> None:
+        """Write the hyperparameters with the final metrics for TensorBoard's HParams view."""
         if self.writer:
             self.writer.add_hparams(
-                {k: v for k, v in vars(params).items()},
+                dict(vars(params)),
                 {f"hparam/{k}": v for k, v in metrics.items()},
                 run_name=".",
             )
+
+    def close(self) -> None:
+        if self.writer:
             self.writer.close()
+            self.writer = None
 
 
 def train_trial(
@@ -77,7 +82,7 @@ def train_trial(
     trial.set_user_attr("held_out_loss", held_out_loss)
     trial.set_user_attr("best_epoch", trainer.best_epoch)
     trial.set_user_attr("dev_auc", trainer.best_dev_auc)
-    tensorboard.close(params, {"dev_auc": trainer.best_dev_auc, "held_out_auc": held_out_auc})
+    tensorboard.hparams(params, {"dev_auc": trainer.best_dev_auc, "held_out_auc": held_out_auc})
     if pruned:
         raise optuna.TrialPruned(f"pruned at epoch {metrics.epoch} with dev AUC {metrics.dev_auc:.4f}")
     return trainer.best_dev_auc
