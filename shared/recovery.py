@@ -29,7 +29,10 @@ def enqueue_retry(study: optuna.Study, trial: FrozenTrial, reason: str, max_retr
     attrs = {"retry_of": origin, "retry_count": count + 1, "retry_reason": reason}
     if trial.user_attrs.get("baseline"):
         attrs["baseline"] = True
-    study.enqueue_trial(dict(trial.params), user_attrs=attrs)
+    # A trial popped from the queue and failed before sampling has no params
+    # yet; its enqueued values are in the `fixed_params` system attribute.
+    params = dict(trial.params) or dict(trial.system_attrs.get("fixed_params", {}))
+    study.enqueue_trial(params, user_attrs=attrs)
     logger.info("%s trial %d (%s): enqueued retry %d of trial %d", study.study_name, trial.number, reason, count + 1, origin)
     return True
 

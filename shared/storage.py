@@ -28,7 +28,7 @@ import sqlalchemy
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, OperationalError, ProgrammingError, SQLAlchemyError
 
 from shared.errors import ConfigError, StorageError
 from shared.resilience import RetryingRDBStorage
@@ -89,11 +89,13 @@ def open_storage(
     heartbeat_interval: int | None = None,
     grace_period: int | None = None,
     stale_trial_callback: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
+    application_name: str = "smiles-hpo",
 ) -> BaseStorage:
     """Open the storage, retrying with backoff while a database server is unreachable.
 
     Workers pass ``create_schema=False``: only the coordinator creates tables,
-    because concurrent schema creation on an empty database races.
+    because concurrent schema creation on an empty database races. Each
+    storage holds at most 4 connections (pool of 2 plus 2 overflow).
     """
     if is_journal(storage):
         path = Path(storage)
@@ -111,7 +113,9 @@ def open_storage(
         "pool_recycle": 300,
         "pool_size": 2,
         "max_overflow": 2,
-        "connect_args": {"connect_timeout": 10},
+        # PostgreSQL limits application_name to 63 bytes; it names the process
+        # in pg_stat_activity.
+        "connect_args": {"connect_timeout": 10, "application_name": application_name[:63]},
     }
     deadline = time.monotonic() + connect_timeout_s
     delay = 1.0
@@ -158,6 +162,11 @@ def _rdb_storage(storage, engine_kwargs, create_schema, heartbeat_interval, grac
         except optuna.exceptions.StorageInternalError as error:
             if isinstance(error.__cause__, OperationalError):
                 raise error.__cause__ from None
+            if isinstance(error.__cause__, ProgrammingError) and not create_schema:
+                raise StorageError(
+                    f"database {mask_url(storage)} has no Optuna tables: create the experiment "
+                    "with `hpo-coordinator create` first"
+                ) from None
             raise
 
 

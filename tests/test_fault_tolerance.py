@@ -235,3 +235,27 @@ def test_local_run_recovers_a_killed_worker(small_csv, tmp_path):
     assert len(failed) == 1
     assert failed[0].user_attrs["fail_reason"] == "worker local-0 exited with status -9"
     assert any(t.user_attrs.get("retry_of") == failed[0].number and t.state in FINISHED for t in trials)
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_worker_connections_stay_bounded(pg_url, small_csv):
+    args = tiny_experiment_args(pg_url, "pool", small_csv, trials=1, folds=6)
+    assert run_command("-m", "coordinator", "create", *args).returncode == 0
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "worker", "--storage", pg_url, "--experiment", "pool", "--worker-id", "pool-w",
+         "--threads", "1", "--heartbeat-interval", "1", "--grace-period", "10"],
+        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    counts = []
+    monitor = psycopg2.connect(host="127.0.0.1", user="postgres", dbname="postgres")
+    monitor.autocommit = True
+    with monitor.cursor() as cursor:
+        while worker.poll() is None:
+            cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", ("hpo-worker pool-w",))
+            counts.append(cursor.fetchone()[0])
+            time.sleep(0.05)
+    monitor.close()
+    assert worker.returncode == 0, worker.stdout.read()
+    assert max(counts) >= 1, "the worker's connections must carry its application_name"
+    assert max(counts) <= 4, f"a worker serving 6 folds held up to {max(counts)} connections"

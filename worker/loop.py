@@ -70,6 +70,7 @@ class Worker:
             heartbeat_interval=options.heartbeat_interval,
             grace_period=options.grace_period,
             stale_trial_callback=self._on_stale_trial,
+            application_name=f"hpo-worker {options.worker_id}",
         )
         self.record = load_experiment(self.storage, options.experiment)
         self.data = self._load_data(self.record)
@@ -154,6 +155,7 @@ class Worker:
             candidates = []
             for index, fold in self.folds.items():
                 sweep_stale_trials(fold.study)  # every fold, so no fold keeps stale RUNNING trials
+                self._sweep_orphans(fold.study)
                 finished, running = self._counts(fold.study)
                 open_slots = budget - finished - running
                 if open_slots > 0:
@@ -173,6 +175,19 @@ class Worker:
                 self.storage.record_heartbeat(trial._trial_id)
             trial.set_user_attr("worker_id", self.options.worker_id)
         return index, trial
+
+    def _sweep_orphans(self, study: optuna.Study) -> None:
+        """Fail and retry RUNNING trials that no worker owns.
+
+        Claims set `worker_id` before they release the experiment lock, so a
+        RUNNING trial without it, seen under the lock, comes from a claim that
+        a lost database connection cut short. It has no heartbeat either, and
+        Optuna's stale check skips trials without one.
+        """
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if "worker_id" not in trial.user_attrs:
+                logger.warning("%s trial %d has no worker; failing it as orphaned", study.study_name, trial.number)
+                fail_and_retry(study, trial, "orphaned by an interrupted claim", self.record.settings.max_retries)
 
     def _run_trial(self, index: int, trial: optuna.Trial) -> str:
         """Train one claimed trial and tell its result; returns complete, pruned, failed, interrupted or late."""
