@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import sys
 from pathlib import Path
 
 from coordinator.create import create_experiment
@@ -38,8 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_common_options(status)
     report = commands.add_parser("report", help="print the CV report and write it as JSON")
     add_common_options(report)
-    report.add_argument("--output", type=Path, default=None,
-                        help="JSON file to write (default <experiment>-report.json)")
+    report.add_argument("--output", default=None,
+                        help="JSON file to write (default <experiment>-report.json); - writes the JSON "
+                             "to stdout and the tables to stderr")
     return parser
 
 
@@ -65,12 +68,19 @@ def main(argv: list[str] | None = None) -> int:
     storage = open_storage(storage_setting, create_schema=False, connect_timeout_s=args.connect_timeout)
     record = load_experiment(storage, experiment)
     report = build_report(storage, record)
+    if args.command == "status":
+        print(format_status(report))
+        return 0
+    if args.output == "-":
+        # The JSON alone goes to stdout, so it can be redirected from a container.
+        print(format_status(report), format_report(report), sep="\n", file=sys.stderr)
+        print(json.dumps(report, indent=2))
+        return 0
     print(format_status(report))
-    if args.command == "report":
-        print(format_report(report))
-        output = args.output or Path(f"{experiment}-report.json")
-        write_json(report, output)
-        print(f"report written to {output}")
+    print(format_report(report))
+    output = Path(args.output or f"{experiment}-report.json")
+    write_json(report, output)
+    print(f"report written to {output}")
     return 0
 
 

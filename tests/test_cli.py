@@ -142,3 +142,14 @@ def test_local_run_end_to_end(small_csv, tmp_path):
     assert report["complete"] is True
     logs = list((tmp_path / "runs" / "local-e2e" / "tensorboard" / "local-e2e-fold0").glob("trial-*"))
     assert len(logs) == 2, "one TensorBoard folder per trial"
+
+
+def test_report_json_to_stdout(storage_url, small_csv):
+    run_command("-m", "coordinator", "create", *tiny_experiment_args(storage_url, "stdout", small_csv))
+    result = run_command("-m", "coordinator", "report", "--storage", storage_url, "--experiment", "stdout",
+                         "--output", "-")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["experiment"] == "stdout"
+    assert report["complete"] is False
+    assert "cross-validation report" in result.stderr

@@ -15,6 +15,7 @@ import torch
 from shared.cli_support import add_verbosity, env_default, env_float, env_int, run_main, setup_logging
 from shared.errors import ConfigError
 from shared.experiment import validate_experiment_name
+from shared.placement import GpuClaim, claim_gpu, count_visible_gpus
 from shared.storage import DEFAULT_CONNECT_TIMEOUT_S, resolve_storage_setting
 from worker.loop import Worker, WorkerOptions
 
@@ -35,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="id recorded on each trial (default <hostname>-<pid>) [HPO_WORKER_ID]")
     parser.add_argument("--device", default=env_default("HPO_DEVICE", "auto"),
                         help="auto (the GPU if present, else the CPU), cpu, cuda or cuda:N [HPO_DEVICE]")
+    parser.add_argument("--gpu-lock-dir", default=env_default("HPO_GPU_LOCK_DIR"),
+                        help="folder shared by the workers of one node; with --device auto or cuda, each worker "
+                             "claims a GPU there so the node's GPUs are shared evenly [HPO_GPU_LOCK_DIR]")
     parser.add_argument("--data", default=env_default("HPO_DATA"),
                         help="this worker's copy of the experiment's dataset file, if its path differs [HPO_DATA]")
     parser.add_argument("--logdir", type=Path, default=env_default("HPO_LOGDIR"),
@@ -56,16 +60,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def resolve_device(setting: str) -> torch.device:
-    if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def resolve_device(setting: str, gpu_lock_dir: str | None, worker_id: str) -> tuple[torch.device, GpuClaim | None]:
+    """Pick the training device; for auto or cuda with a GPU lock folder, claim one of the node's GPUs.
+
+    Claims spread the workers of a node evenly over its GPUs.
+
+    The returned claim must stay referenced for the life of the process.
+    """
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda requested, but PyTorch sees no CUDA device: use auto or cpu")
+    if setting in ("auto", "cuda"):
+        try:
+            n_gpus = count_visible_gpus()
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+        if gpu_lock_dir and n_gpus > 0:
+            claim = claim_gpu(Path(gpu_lock_dir), n_gpus, owner=f"worker {worker_id}")
+            # HPO_PRETEND_GPUS claims slots on a machine without CUDA, for tests;
+            # such a worker still trains on the CPU.
+            device = torch.device(claim.device if torch.cuda.is_available() else "cpu")
+            return device, claim
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu"), None
     try:
         device = torch.device(setting)
     except RuntimeError as error:
         raise ConfigError(f"--device {setting!r} is invalid ({error}): use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"--device {setting} requested, but PyTorch sees no CUDA device: use auto or cpu")
-    return device
+    return device, None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,11 +113,12 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
 
+    device, gpu_claim = resolve_device(args.device, args.gpu_lock_dir, worker_id)
     options = WorkerOptions(
         storage=resolve_storage_setting(args.storage),
         experiment=validate_experiment_name(args.experiment or ""),
         worker_id=worker_id,
-        device=resolve_device(args.device),
+        device=device,
         logdir=args.logdir,
         data_path=args.data,
         connect_timeout_s=args.connect_timeout,
@@ -104,7 +127,11 @@ def main(argv: list[str] | None = None) -> int:
         poll_interval_s=args.poll_interval,
         max_consecutive_failures=args.max_consecutive_failures,
     )
-    return Worker(options, stop).run()
+    try:
+        return Worker(options, stop).run()
+    finally:
+        if gpu_claim is not None:
+            gpu_claim.release()
 
 
 def run() -> None:
