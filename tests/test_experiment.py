@@ -71,7 +71,8 @@ def test_rerun_is_idempotent(storage_url, small_csv):
     before = {n: optuna.load_study(study_name=n, storage=storage).user_attrs for n in optuna.get_all_study_names(storage)}
 
     again = create_experiment(storage_url, storage, "exp", settings, dataset, spec.path)
-    assert again.created == [] and again.unchanged == [0, 1, 2]
+    assert again.created == []
+    assert again.unchanged == [0, 1, 2]
     for name, attrs in before.items():
         study = optuna.load_study(study_name=name, storage=storage)
         assert study.user_attrs == attrs
@@ -102,7 +103,8 @@ def test_half_created_fold_is_finished_on_rerun(storage_url, small_csv):
     with pytest.raises(Exception, match="not fully created"):
         load_experiment(storage, "exp")
     result = create_experiment(storage_url, storage, "exp", settings, dataset, spec.path)
-    assert result.completed == [1] and result.created == [0, 2]
+    assert result.completed == [1]
+    assert result.created == [0, 2]
     assert len(load_experiment(storage, "exp").folds) == 3
 
 

@@ -127,7 +127,8 @@ def test_late_result_is_rejected_and_worker_carries_on(storage_url, small_csv, m
     assert lost.state == TrialState.FAIL
     assert "held_out_auc" not in lost.user_attrs, "no result may be written to the failed trial"
     retry = [t for t in fold0 if t.user_attrs.get("retry_of") == lost.number]
-    assert len(retry) == 1 and retry[0].state in FINISHED
+    assert len(retry) == 1
+    assert retry[0].state in FINISHED
     assert retry[0].params == lost.params
     assert "already finished by another worker" in caplog.text
 
@@ -173,7 +174,7 @@ def test_concurrent_coordinators_create_one_set(pg_url, small_csv):
 
 
 @pytest.mark.slow
-def test_sigterm_fails_trial_with_reason_and_it_is_retried(storage_url, small_csv, tmp_path):
+def test_sigterm_fails_and_retries_trial(storage_url, small_csv, tmp_path):
     # Slow trials (many epochs, a big model) so SIGTERM arrives mid-training.
     space = tmp_path / "space.toml"
     space.write_text(TINY_SPACE.read_text().replace("d_model = 8\nnum_layers = 2", "d_model = 16\nnum_layers = 2"))

@@ -42,7 +42,7 @@ def test_unidirectional_state_is_last_token_output():
     torch.testing.assert_close(model.final_state(tokens, lengths), expected)
 
 
-def test_batch_of_one_gives_one_logit_and_a_loss():
+def test_batch_of_one():
     model = _model(bidirectional=True)
     logits = model(torch.tensor([[3, 4, 5]]), torch.tensor([3]))
     assert logits.shape == (1,)
@@ -51,7 +51,7 @@ def test_batch_of_one_gives_one_logit_and_a_loss():
     assert torch.isfinite(loss)
 
 
-def test_state_does_not_depend_on_padding_or_batch_order():
+def test_state_ignores_padding_and_order():
     model = _model(bidirectional=True)
     alone = model.final_state(torch.tensor([[8, 9, 2]]), torch.tensor([3]))
     in_batch = model.final_state(torch.tensor([[3, 4, 5, 6, 7], [8, 9, 2, 0, 0]]), torch.tensor([5, 3]))

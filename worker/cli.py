@@ -22,8 +22,8 @@ from worker.loop import Worker, WorkerOptions
 logger = logging.getLogger(__name__)
 
 # Heartbeats (PostgreSQL only) come from a background thread, so a long epoch
-# does not delay them; the grace period is ten beats long, so a GC pause, a slow
-# checkpoint or a short database restart does not fail a live trial.
+# does not delay them. The grace period is ten beats long, so that a GC pause or
+# a short database restart does not fail a live trial.
 DEFAULT_HEARTBEAT_INTERVAL_S = 30
 DEFAULT_GRACE_PERIOD_S = 300
 
