@@ -25,11 +25,11 @@ from coordinator.create import create_experiment
 from coordinator.options import add_experiment_options, dataset_spec_from_args, settings_from_args
 from coordinator.report import build_report, format_report, format_status, write_json
 from shared.cleaning import load_dataset
-from shared.cli_support import EXIT_USER_ERROR, add_verbosity, env_default, env_int, run_main, setup_logging
+from shared.cli_support import EXIT_USER_ERROR, add_verbosity, env_default, env_float, env_int, run_main, setup_logging
 from shared.errors import ConfigError
 from shared.experiment import ExperimentRecord, load_experiment, validate_experiment_name
 from shared.recovery import fail_and_retry
-from shared.storage import experiment_lock, mask_url, open_storage
+from shared.storage import DEFAULT_CONNECT_TIMEOUT_S, experiment_lock, mask_url, open_storage
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=env_int("HPO_WORKERS", 2),
                         help="worker processes to run (default 2) [HPO_WORKERS]")
     parser.add_argument("--device", default=env_default("HPO_DEVICE", "auto"), help="device for every worker [HPO_DEVICE]")
-    parser.add_argument("--worker-restarts", type=int, default=3,
-                        help="times a worker that died is replaced (default 3)")
+    parser.add_argument("--worker-restarts", type=int, default=env_int("HPO_WORKER_RESTARTS", 3),
+                        help="times a worker that died is replaced (default 3) [HPO_WORKER_RESTARTS]")
+    parser.add_argument("--connect-timeout", type=float,
+                        default=env_float("HPO_CONNECT_TIMEOUT", DEFAULT_CONNECT_TIMEOUT_S),
+                        help="seconds to keep retrying an unreachable database (default 120) [HPO_CONNECT_TIMEOUT]")
     add_verbosity(parser)
     add_experiment_options(parser)
     return parser
@@ -84,6 +87,7 @@ class LocalRun:
             "--threads", str(self.threads),
             "--logdir", str(self.run_dir / "tensorboard"),
             "--poll-interval", "1",
+            "--connect-timeout", str(self.args.connect_timeout),
         ]
         if self.args.quiet:
             command.append("--quiet")
@@ -160,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     spec = dataset_spec_from_args(args)
     settings = settings_from_args(args, spec)
     dataset = load_dataset(spec)
-    storage = open_storage(storage_setting, create_schema=True)
+    storage = open_storage(storage_setting, create_schema=True, connect_timeout_s=args.connect_timeout)
     result = create_experiment(storage_setting, storage, experiment, settings, dataset, spec.path)
     logger.info("experiment %s in %s: created folds %s, existing %s", experiment, mask_url(storage_setting),
                 result.created + result.completed, result.unchanged)

@@ -27,13 +27,14 @@ def add_experiment_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--bbbp-path", default=env_default("HPO_BBBP_PATH"),
                        help="local BBBP.csv to use as is instead of the download cache [HPO_BBBP_PATH]")
     group.add_argument("--keep-all-fragments", action="store_true",
-                       help="keep every fragment of multi-fragment SMILES instead of the largest one")
+                       default=env_default("HPO_KEEP_ALL_FRAGMENTS", "") in ("1", "true", "yes"),
+                       help="keep every fragment of multi-fragment SMILES instead of the largest one [HPO_KEEP_ALL_FRAGMENTS=1]")
     group.add_argument("--folds", type=int, default=env_int("HPO_FOLDS", 5), help="outer CV folds (default 5) [HPO_FOLDS]")
     group.add_argument("--split", choices=SPLIT_KINDS, default=env_default("HPO_SPLIT", "stratified"),
                        help="stratified by label, or scaffold: Bemis-Murcko groups kept in one fold [HPO_SPLIT]")
     group.add_argument("--dev-fraction", type=float, default=env_float("HPO_DEV_FRACTION", 0.2),
                        help="share of each fold's visible part used as dev set (default 0.2) [HPO_DEV_FRACTION]")
-    group.add_argument("--seed", type=int, default=env_int("HPO_SEED", 0), help="seed of splits and trials [HPO_SEED]")
+    group.add_argument("--seed", type=int, default=env_int("HPO_SEED", 0), help="seed of the splits and of the trials' training (default 0) [HPO_SEED]")
     group.add_argument("--trials-per-fold", type=int, default=env_int("HPO_TRIALS_PER_FOLD", 20),
                        help="finished trials per fold (default 20) [HPO_TRIALS_PER_FOLD]")
     group.add_argument("--max-epochs", type=int, default=env_int("HPO_MAX_EPOCHS", 30),
@@ -43,8 +44,9 @@ def add_experiment_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--batch-size", type=int, default=env_int("HPO_BATCH_SIZE", 64),
                        help="molecules per training batch (default 64) [HPO_BATCH_SIZE]")
     group.add_argument("--search-space", default=env_default("HPO_SEARCH_SPACE", "reference"),
-                       help="built-in space (reference, small) or a TOML file [HPO_SEARCH_SPACE]")
-    group.add_argument("--sampler", choices=SAMPLERS, default=env_default("HPO_SAMPLER", "tpe"), help="[HPO_SAMPLER]")
+                       help="built-in space (reference, small) or a TOML file (default reference) [HPO_SEARCH_SPACE]")
+    group.add_argument("--sampler", choices=SAMPLERS, default=env_default("HPO_SAMPLER", "tpe"),
+                       help="tpe (multivariate, constant liar) or random (default tpe) [HPO_SAMPLER]")
     group.add_argument("--pruner", choices=PRUNERS, default=env_default("HPO_PRUNER", "median"),
                        help="median: prune trials below the median dev AUC of earlier ones at the same epoch; "
                             "threshold: prune trials below --prune-below; none [HPO_PRUNER]")

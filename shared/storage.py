@@ -37,6 +37,8 @@ logger = logging.getLogger(__name__)
 
 STORAGE_ENV = "HPO_STORAGE"
 DEFAULT_CONNECT_TIMEOUT_S = 120.0
+# Parts of PostgreSQL's login errors that retrying cannot fix.
+_PERMANENT_CONNECT_ERRORS = ("does not exist", "authentication failed", "no pg_hba.conf entry")
 
 
 def mask_url(storage: str) -> str:
@@ -45,7 +47,7 @@ def mask_url(storage: str) -> str:
         return storage
     try:
         return make_url(storage).render_as_string(hide_password=True)
-    except ArgumentError:
+    except (ArgumentError, ValueError):
         # Not parseable as a URL: hide everything between "//" and "@" instead.
         return re.sub(r"//[^@/]*@", "//***@", storage)
 
@@ -68,8 +70,11 @@ def is_journal(storage: str) -> bool:
 def _check_rdb_url(storage: str) -> None:
     try:
         url = make_url(storage)
-    except ArgumentError as error:
-        raise ConfigError(f"storage URL {mask_url(storage)} is invalid ({error})") from error
+    except (ArgumentError, ValueError) as error:
+        raise ConfigError(
+            f"storage URL {mask_url(storage)} is invalid ({error}): expected "
+            "postgresql+psycopg2://USER:PASSWORD@HOST:PORT/DATABASE"
+        ) from None
     if url.get_backend_name() == "sqlite":
         raise ConfigError(
             f"storage {mask_url(storage)}: SQLite locks under concurrent workers; use a journal "
@@ -128,6 +133,10 @@ def open_storage(
         except OperationalError as error:
             remaining = deadline - time.monotonic()
             reason = str(error.orig).strip().splitlines()[0] if error.orig else type(error).__name__
+            if any(marker in reason for marker in _PERMANENT_CONNECT_ERRORS):
+                # The server answered and rejected the login: waiting cannot fix it.
+                raise StorageError(f"database {mask_url(storage)} rejected the connection ({reason}): "
+                                   "check the user, password and database name in the URL") from None
             if remaining <= 0:
                 raise StorageError(
                     f"database {mask_url(storage)} not reachable after {connect_timeout_s:.0f} s "

@@ -153,3 +153,18 @@ def test_report_json_to_stdout(storage_url, small_csv):
     assert report["experiment"] == "stdout"
     assert report["complete"] is False
     assert "cross-validation report" in result.stderr
+
+
+def test_malformed_port_is_one_line_error():
+    result = run_command("-m", "worker", "--storage", "postgresql+psycopg2://hpo:s3cret-pass@127.0.0.1:notaport/hpo",
+                         "--experiment", "x")
+    _assert_one_line_error(result, "storage URL", "invalid", "USER:PASSWORD@HOST:PORT/DATABASE")
+    assert "s3cret-pass" not in result.stderr + result.stdout
+
+
+@pytest.mark.postgres
+def test_missing_database_fails_without_waiting(pg_url):
+    missing = pg_url.rsplit("/", 1)[0] + "/hpo_missing_database"
+    result = run_command("-m", "worker", "--storage", missing, "--experiment", "x", "--connect-timeout", "600",
+                         timeout=60)
+    _assert_one_line_error(result, "rejected the connection", "does not exist", "database name")

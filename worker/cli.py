@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--poll-interval", type=float, default=env_float("HPO_POLL_INTERVAL", 5.0),
                         help="seconds to wait when no fold has open budget (default 5) [HPO_POLL_INTERVAL]")
     parser.add_argument("--max-consecutive-failures", type=int, default=env_int("HPO_MAX_CONSECUTIVE_FAILURES", 3),
-                        help="exit non-zero after this many failed trials in a row (default 3)")
+                        help="exit non-zero after this many failed trials in a row (default 3) [HPO_MAX_CONSECUTIVE_FAILURES]")
     add_verbosity(parser)
     return parser
 
