@@ -107,7 +107,10 @@ class LocalRun:
             for fold in record.folds:
                 study = optuna.load_study(study_name=fold.study_name, storage=storage)
                 for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-                    if trial.user_attrs.get("worker_id") == worker_id:
+                    # A trial without a worker_id was claimed by a worker that died
+                    # inside its claim; claims finish under this lock, so none is
+                    # in progress now.
+                    if trial.user_attrs.get("worker_id", worker_id) == worker_id:
                         recovered += fail_and_retry(study, trial, reason, record.settings.max_retries)
         return recovered
 

@@ -58,7 +58,9 @@ def keep_alive(storage: BaseStorage, trial_id: int, label: str) -> Iterator[None
         yield
     finally:
         stop.set()
-        thread.join(timeout=5)
+        # The thread may be inside a retried database call; it is a daemon,
+        # so a stopping worker does not wait for it.
+        thread.join(timeout=1)
 
 
 def sweep_stale_trials(study: optuna.Study) -> None:

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import optuna
 from optuna.storages import RDBStorage
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, PendingRollbackError
 
 from shared.errors import StorageError
 
@@ -36,6 +36,9 @@ _RETRIED_METHODS = (
     "set_trial_param", "get_trial_param", "set_trial_state_values", "set_trial_intermediate_value",
     "set_trial_user_attr", "set_trial_system_attr", "get_trial_id_from_study_id_trial_number",
     "get_trial", "get_all_trials", "get_best_trial", "record_heartbeat", "_get_stale_trial_ids",
+    # Optuna 5.1's _CachedStorage, which load_study wraps around an RDBStorage,
+    # calls these private methods directly.
+    "_create_new_trial", "_set_trial_param", "_get_trials", "_get_best_trial_id",
 )
 
 DEFAULT_OUTAGE_TIMEOUT_S = 600.0
@@ -47,10 +50,18 @@ def is_connection_error(error: BaseException) -> bool:
         return is_connection_error(error.__cause__)
     if isinstance(error, (OperationalError, InterfaceError)):
         return True
+    if isinstance(error, PendingRollbackError):
+        # A session whose connection broke mid-transaction; a fresh session works.
+        return True
     return isinstance(error, DBAPIError) and bool(error.connection_invalidated)
 
 
-def retry_on_disconnect(operation: Callable[[], T], label: str, timeout_s: float = DEFAULT_OUTAGE_TIMEOUT_S) -> T:
+def retry_on_disconnect(
+    operation: Callable[[], T],
+    label: str,
+    timeout_s: float = DEFAULT_OUTAGE_TIMEOUT_S,
+    before_retry: Callable[[], None] | None = None,
+) -> T:
     """Run `operation`, retrying with exponential backoff (0.5 s to 10 s) while the database is unreachable."""
     deadline = time.monotonic() + timeout_s
     delay, attempt = 0.5, 0
@@ -70,6 +81,8 @@ def retry_on_disconnect(operation: Callable[[], T], label: str, timeout_s: float
             log("%s: database unreachable (%s); retry %d in %.1f s", label, _reason(error), attempt, delay)
             time.sleep(delay)
             delay = min(delay * 2, 10.0)
+            if before_retry is not None:
+                before_retry()
             continue
         if attempt:
             logger.info("%s: database reachable again after %d retries", label, attempt)
@@ -88,7 +101,11 @@ def _retrying(name: str) -> Callable[..., Any]:
 
     @functools.wraps(method)
     def wrapper(self: RetryingRDBStorage, *args: Any, **kwargs: Any) -> Any:
-        return retry_on_disconnect(lambda: method(self, *args, **kwargs), f"storage.{name}", self.outage_timeout_s)
+        return retry_on_disconnect(
+            lambda: method(self, *args, **kwargs), f"storage.{name}", self.outage_timeout_s,
+            # Drop this thread's session, which may still hold the broken connection.
+            before_retry=self.remove_session,
+        )
 
     return wrapper
 

@@ -21,6 +21,7 @@ import re
 import time
 import warnings
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
@@ -120,7 +121,20 @@ def open_storage(
         "max_overflow": 2,
         # PostgreSQL limits application_name to 63 bytes; it names the process
         # in pg_stat_activity.
-        "connect_args": {"connect_timeout": 10, "application_name": application_name[:63]},
+        "connect_args": {
+            "connect_timeout": 10,
+            "application_name": application_name[:63],
+            # Keepalives and a TCP user timeout on both ends: a worker cut off by
+            # the network loses its session, and with it any advisory lock,
+            # within about 30 s instead of the kernel's default of over 15 min.
+            "keepalives": 1,
+            "keepalives_idle": 10,
+            "keepalives_interval": 5,
+            "keepalives_count": 3,
+            "tcp_user_timeout": 30000,
+            "options": "-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 "
+                       "-c tcp_keepalives_count=3 -c tcp_user_timeout=30000",
+        },
     }
     deadline = time.monotonic() + connect_timeout_s
     delay = 1.0
@@ -205,20 +219,32 @@ def _lock_key(experiment: str) -> int:
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
+@dataclass
+class LockState:
+    """Whether an experiment lock was lost while its block ran."""
+
+    lost: bool = False
+
+
 @contextlib.contextmanager
-def experiment_lock(storage_setting: str, storage: BaseStorage, experiment: str) -> Iterator[None]:
+def experiment_lock(storage_setting: str, storage: BaseStorage, experiment: str) -> Iterator[LockState]:
     """Serialize budget checks and trial creation of one experiment across all processes.
 
     Journal files use an flock on a file beside the journal, PostgreSQL a
-    session advisory lock. Both are released when the holder dies.
+    session advisory lock. Both are released when the holder dies. If the
+    server drops the lock's connection while the block runs, the lock is gone
+    and another process may have counted the budget at the same time; the
+    yielded state then reads ``lost`` after the block, so the caller can check
+    its work again.
     """
+    state = LockState()
     if is_journal(storage_setting):
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", experiment)
         lock_path = Path(f"{storage_setting}.{safe}.lock")
         with lock_path.open("a") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
-                yield
+                yield state
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
         return
@@ -227,15 +253,15 @@ def experiment_lock(storage_setting: str, storage: BaseStorage, experiment: str)
     key = _lock_key(experiment)
     with storage.engine.connect() as connection:
         connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": key})
-        # NOTE: if the server drops this connection while the block runs, the
-        # lock is gone and another process may count the budget concurrently.
         try:
-            yield
+            yield state
         finally:
             try:
                 connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
                 connection.commit()
             except SQLAlchemyError as error:
                 # A lost connection has released the lock on the server already.
-                logger.warning("advisory lock of experiment %s: unlock failed (%s)", experiment, type(error).__name__)
+                state.lost = True
+                logger.warning("advisory lock of experiment %s was lost while held (%s)", experiment,
+                               type(error).__name__)
                 connection.invalidate()

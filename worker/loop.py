@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from shared.recovery import enqueue_retry, fail_and_retry
 from shared.resilience import retry_on_disconnect
 from shared.search_space import suggest
 from shared.splits import FoldSplit
-from shared.storage import experiment_lock, mask_url, open_storage
+from shared.storage import experiment_lock, is_journal, mask_url, open_storage
 from shared.training import EncodedData, NonFiniteLossError, TrainingInterrupted, TrainSettings
 from worker.objective import TensorBoardLog, train_trial
 
@@ -59,6 +60,12 @@ class Worker:
         self.options = options
         self.stop = stop
         self.hostname = socket.gethostname()
+        # Study name -> {trial number: monotonic time first seen without a worker}.
+        self._orphans_seen: dict[str, dict[int, float]] = {}
+        # A journal's file lock cannot be lost, so a trial without a worker seen
+        # under it is an orphan at once; PostgreSQL waits out a claim that
+        # continued after its advisory lock was lost.
+        self._orphan_grace_s = 0.0 if is_journal(options.storage) else float(options.grace_period or 300)
 
     def run(self) -> int:
         """Serve the experiment until every fold has its budget; return the exit status."""
@@ -151,7 +158,7 @@ class Worker:
         (the baseline, retries) are popped first by `ask`.
         """
         budget = self.record.settings.trials_per_fold
-        with experiment_lock(self.options.storage, self.storage, self.options.experiment):
+        with experiment_lock(self.options.storage, self.storage, self.options.experiment) as lock:
             candidates = []
             for index, fold in self.folds.items():
                 sweep_stale_trials(fold.study)  # every fold, so no fold keeps stale RUNNING trials
@@ -163,31 +170,70 @@ class Worker:
             if not candidates:
                 return None
             index = -max(candidates)[2]
-            study = self.folds[index].study
-            with warnings.catch_warnings():
-                # Optuna warns that heartbeats are meant for Study.optimize;
-                # this loop runs its own heartbeat thread (shared.liveness).
-                warnings.filterwarnings("ignore", message="Heartbeat of storage", category=UserWarning)
-                trial = study.ask()
+            trial = self._start_trial(self.folds[index].study)
+        if trial is not None and lock.lost:
+            trial = self._confirm_claim(index, trial)
+        return None if trial is None else (index, trial)
+
+    def _start_trial(self, study: optuna.Study) -> optuna.Trial | None:
+        with warnings.catch_warnings():
+            # Optuna warns that heartbeats are meant for Study.optimize;
+            # this loop runs its own heartbeat thread (shared.liveness).
+            warnings.filterwarnings("ignore", message="Heartbeat of storage", category=UserWarning)
+            trial = study.ask()
+        try:
             if heartbeat_interval(self.storage) is not None:
                 # Optuna treats a RUNNING trial without any heartbeat as alive
                 # forever, so the first beat is recorded before the lock is freed.
                 self.storage.record_heartbeat(trial._trial_id)
             trial.set_user_attr("worker_id", self.options.worker_id)
-        return index, trial
+        except UpdateFinishedTrialError:
+            # Another worker failed it as an orphan: this claim lost its lock
+            # during a connection drop, and the other worker saw an unowned trial.
+            logger.warning("%s trial %d was failed by another worker before it started; claiming again",
+                           study.study_name, trial.number)
+            return None
+        return trial
+
+    def _confirm_claim(self, index: int, trial: optuna.Trial) -> optuna.Trial | None:
+        """Check a trial claimed while the lock was lost; fail it if the fold went over budget."""
+        study = self.folds[index].study
+        with experiment_lock(self.options.storage, self.storage, self.options.experiment):
+            finished, running = self._counts(study)
+            if finished + running <= self.record.settings.trials_per_fold:
+                return trial
+            logger.warning("%s trial %d was claimed while the experiment lock was lost and the fold is "
+                           "over budget; failing it without retry", study.study_name, trial.number)
+            try:
+                trial.set_user_attr("fail_reason", "claimed without the experiment lock, over budget")
+                study.tell(trial, state=TrialState.FAIL)
+            except (UpdateFinishedTrialError, ValueError):
+                pass  # already failed by another worker
+        return None
 
     def _sweep_orphans(self, study: optuna.Study) -> None:
         """Fail and retry RUNNING trials that no worker owns.
 
         Claims set `worker_id` before they release the experiment lock, so a
-        RUNNING trial without it, seen under the lock, comes from a claim that
-        a lost database connection cut short. It has no heartbeat either, and
-        Optuna's stale check skips trials without one.
+        RUNNING trial without it comes from a claim that a lost database
+        connection cut short, or from one still running after its lock was
+        lost. Such a trial has no heartbeat, and Optuna's stale check skips
+        trials without one. It is failed once this worker has seen it unowned
+        for a grace period, so a slow claim in progress keeps its trial.
         """
+        now = time.monotonic()
+        previously_seen = self._orphans_seen.get(study.study_name, {})
+        seen: dict[int, float] = {}
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if "worker_id" not in trial.user_attrs:
-                logger.warning("%s trial %d has no worker; failing it as orphaned", study.study_name, trial.number)
-                fail_and_retry(study, trial, "orphaned by an interrupted claim", self.record.settings.max_retries)
+            if "worker_id" in trial.user_attrs:
+                continue
+            first_seen = seen[trial.number] = previously_seen.get(trial.number, now)
+            if now - first_seen < self._orphan_grace_s:
+                continue
+            logger.warning("%s trial %d has had no worker for %.0f s; failing it as orphaned",
+                           study.study_name, trial.number, now - first_seen)
+            fail_and_retry(study, trial, "orphaned by an interrupted claim", self.record.settings.max_retries)
+        self._orphans_seen[study.study_name] = seen
 
     def _run_trial(self, index: int, trial: optuna.Trial) -> str:
         """Train one claimed trial and tell its result; returns complete, pruned, failed, interrupted or late."""
@@ -214,8 +260,12 @@ class Worker:
             except TrainingInterrupted:
                 with experiment_lock(self.options.storage, self.storage, self.options.experiment):
                     frozen = study._storage.get_trial(trial._trial_id)
-                    fail_and_retry(study, frozen, f"worker {self.options.worker_id} was stopped", settings.max_retries)
-                logger.warning("%s interrupted by a stop request; failed it and enqueued a retry", label)
+                    failed = fail_and_retry(study, frozen, f"worker {self.options.worker_id} was stopped",
+                                            settings.max_retries)
+                if failed:
+                    logger.warning("%s interrupted by a stop request; failed it and enqueued a retry", label)
+                else:
+                    logger.warning("%s interrupted by a stop request; another worker had failed it already", label)
                 return "interrupted"
             except UpdateFinishedTrialError:
                 logger.warning("%s was already finished by another worker (stale heartbeat?); "
