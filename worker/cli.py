@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run() -> None:
-    run_main(main)
+    run_main(main, fast_exit=True)
 
 
 if __name__ == "__main__":
