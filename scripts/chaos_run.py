@@ -70,6 +70,13 @@ RECOVERY_PATTERNS = {
     "was stopped": "was stopped",
     "late result discarded": "discarding its late result",
     "not retried again": "not retrying again",
+    # A claim whose advisory lock connection dropped, what it led to (a trial
+    # failed over budget, or failed by another worker before it started), and
+    # unowned trials failed as orphans.
+    "lock lost while held": "was lost while held",
+    "lost-lock claim over budget": "claimed while the experiment lock was lost",
+    "claim failed before start": "was failed by another worker before it started",
+    "orphan failed": "failing it as orphaned",
     "traceback": "Traceback",
 }
 

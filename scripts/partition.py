@@ -18,14 +18,18 @@ restores the link, and checks that the cut-off worker logs that its late result
 was discarded and keeps working.
 
 With `--moment claim` it cuts the link while the namespaced worker holds the
-experiment's advisory lock, keeps it down for `--hold` seconds, and checks
-whether the other workers start trials meanwhile. `--dead-client-timeout` makes
-the server drop the silent client, and so its lock, after that many seconds.
+experiment's advisory lock, keeps it down for `--hold` seconds (default 60), and
+checks whether the other workers start trials meanwhile. Worker connections set
+TCP keepalives and tcp_user_timeout = 30000 ms on both ends (shared/storage.py),
+so the server should drop the silent client, and with it the lock, about 30 s
+after the cut. `--dead-client-timeout` writes shorter values of these parameters
+into postgresql.conf, but each worker session sets its own values at connect
+time, which take precedence, so the option does not shorten the stall.
 
 Either way every fold must end with exactly its budget of finished trials.
 
     sudo /work/venv/bin/python scripts/partition.py
-    sudo /work/venv/bin/python scripts/partition.py --moment claim --dead-client-timeout 5
+    sudo /work/venv/bin/python scripts/partition.py --moment claim
 
 Exit status: 0 when every check passed, 1 when one failed, 2 when the setup failed.
 """
@@ -158,10 +162,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="cut while the namespaced worker trains (trial, default) or while it holds the experiment lock (claim)")
     add("--hold", type=float, default=None,
         help="seconds the link stays down, counted after the trial was failed with --moment trial (default 1) "
-             "and from the cut with --moment claim (default 30)")
+             "and from the cut with --moment claim (default 60, longer than the 30 s TCP user timeout "
+             "of worker connections)")
     add("--dead-client-timeout", type=int, default=0,
-        help="seconds after which the server drops a client that stopped responding: sets the server's "
-             "tcp_keepalives_idle and tcp_user_timeout (0, the default, keeps the OS defaults)")
+        help="write tcp_keepalives_idle (this many seconds), tcp_keepalives_interval (1 s), "
+             "tcp_keepalives_count (3) and tcp_user_timeout (this many seconds) into the server's "
+             "postgresql.conf; 0, the default, writes nothing. Worker sessions set their own values at "
+             "connect time, which take precedence")
     add("--seed", type=int, default=3, help="seed of the moment of the cut within the trial (default 3)")
     add("--data", type=Path, default=REFERENCE_BBBP, help=f"BBBP CSV file (default {REFERENCE_BBBP})")
     add("--rows", type=int, default=240, help="data rows of the BBBP file to use (default 240)")
@@ -173,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.hold is None:
-        args.hold = 1.0 if args.moment == "trial" else 30.0
+        args.hold = 1.0 if args.moment == "trial" else 60.0
     if os.geteuid() != 0:
         print("error: this script needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN) to create a network namespace "
               "and a veth pair: run it with sudo", file=sys.stderr)
@@ -193,7 +200,10 @@ def main(argv: list[str] | None = None) -> int:
                 # Keepalives detect a silent client on an idle connection, and
                 # tcp_user_timeout one that leaves sent data unacknowledged (a reply
                 # sent just before the cut). Either way the server closes the
-                # connection and frees the session's advisory locks.
+                # connection and frees the session's advisory locks. Worker
+                # sessions override these with their own values at connect time,
+                # so they apply only to connections that set none, such as the
+                # monitor connection of this script.
                 seconds = args.dead_client_timeout
                 settings = {"tcp_keepalives_idle": str(seconds), "tcp_keepalives_interval": "1",
                             "tcp_keepalives_count": "3", "tcp_user_timeout": str(seconds * 1000)}

@@ -132,8 +132,13 @@ def open_storage(
             "keepalives_interval": 5,
             "keepalives_count": 3,
             "tcp_user_timeout": 30000,
-            "options": "-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 "
-                       "-c tcp_keepalives_count=3 -c tcp_user_timeout=30000",
+            # libpq ignores $PGOPTIONS when `options` is given, so it is appended:
+            # for a repeated -c setting the last one wins, and the user's do.
+            "options": " ".join([
+                "-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5",
+                "-c tcp_keepalives_count=3 -c tcp_user_timeout=30000",
+                os.environ.get("PGOPTIONS", ""),
+            ]).strip(),
         },
     }
     deadline = time.monotonic() + connect_timeout_s
