@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import sys
@@ -260,3 +261,35 @@ def test_worker_connections_stay_bounded(pg_url, small_csv):
     assert worker.returncode == 0, worker.stdout.read()
     assert max(counts) >= 1, "the worker's connections must carry its application_name"
     assert max(counts) <= 4, f"a worker serving 6 folds held up to {max(counts)} connections"
+
+
+def test_claim_without_lock_over_budget_is_failed(tmp_path, small_csv, monkeypatch):
+    """A claim whose lock was lost, while another worker filled the fold, gives its trial up."""
+    storage_url = str(tmp_path / "journal.log")
+    storage = _create(storage_url, small_csv, trials_per_fold=1, n_folds=2,
+                      search_space={**load_search_space(str(TINY_SPACE)), "baseline": None})
+    real_lock = worker_loop.experiment_lock
+    intruded = []
+
+    @contextlib.contextmanager
+    def losing_lock(storage_setting, lock_storage, experiment):
+        with real_lock(storage_setting, lock_storage, experiment) as state:
+            yield state
+        if not intruded:
+            # What a second worker could do after the server dropped our lock:
+            # claim and finish a trial in the fold this claim just took.
+            fold = next(k for k, trials in enumerate(_trials(storage)) if trials)
+            study = optuna.load_study(study_name=f"ft-fold{fold}", storage=storage)
+            intruder = study.ask({"embedding_dim": optuna.distributions.CategoricalDistribution([8])})
+            intruder.set_user_attr("worker_id", "intruder")
+            intruder.set_user_attr("held_out_auc", 0.5)
+            study.tell(intruder, 0.5)
+            intruded.append(fold)
+            state.lost = True
+
+    monkeypatch.setattr(worker_loop, "experiment_lock", losing_lock)
+    assert _worker(storage_url).run() == 0
+    _assert_exact_budget(storage, budget=1)
+    claimed = [t for t in _trials(storage)[intruded[0]] if t.user_attrs.get("worker_id") == "ft-worker"]
+    assert claimed[0].state == TrialState.FAIL
+    assert claimed[0].user_attrs["fail_reason"] == "claimed without the experiment lock, over budget"
