@@ -66,6 +66,8 @@ class Worker:
         # under it is an orphan at once; PostgreSQL waits out a claim that
         # continued after its advisory lock was lost.
         self._orphan_grace_s = 0.0 if is_journal(options.storage) else float(options.grace_period or 300)
+        # Whether the last claim found every fold with its budget of finished trials.
+        self._folds_done = False
 
     def run(self) -> int:
         """Serve the experiment until every fold has its budget; return the exit status."""
@@ -90,7 +92,7 @@ class Worker:
         while not self.stop.is_set():
             claim = retry_on_disconnect(self._claim_trial, f"worker {options.worker_id} claim")
             if claim is None:
-                if self._all_done():
+                if self._folds_done:
                     logger.info("worker %s: every fold has its budget; exiting", options.worker_id)
                     return EXIT_DONE
                 self.stop.wait(options.poll_interval_s)
@@ -137,15 +139,11 @@ class Worker:
             folds[fold.fold] = _Fold(study, FoldSplit.decode(fold.split, record.n_molecules))
         return folds
 
-    def _counts(self, study: optuna.Study) -> tuple[int, int]:
-        """Return (finished, running) trials; finished counts COMPLETE and PRUNED."""
+    def _counted_trials(self, study: optuna.Study) -> tuple[list[optuna.trial.FrozenTrial], int]:
+        """Return the RUNNING trials and the number of finished (COMPLETE or PRUNED) ones."""
         trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
-        running = sum(t.state == TrialState.RUNNING for t in trials)
-        return len(trials) - running, running
-
-    def _all_done(self) -> bool:
-        budget = self.record.settings.trials_per_fold
-        return all(self._counts(fold.study)[0] >= budget for fold in self.folds.values())
+        running = [t for t in trials if t.state == TrialState.RUNNING]
+        return running, len(trials) - len(running)
 
     def _on_stale_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         enqueue_retry(study, trial, "heartbeat stale: its worker stopped responding", self.record.settings.max_retries)
@@ -160,10 +158,12 @@ class Worker:
         budget = self.record.settings.trials_per_fold
         with experiment_lock(self.options.storage, self.storage, self.options.experiment) as lock:
             candidates = []
+            self._folds_done = True
             for index, fold in self.folds.items():
                 sweep_stale_trials(fold.study)  # every fold, so no fold keeps stale RUNNING trials
-                self._sweep_orphans(fold.study)
-                finished, running = self._counts(fold.study)
+                running_trials, finished = self._counted_trials(fold.study)
+                running = len(running_trials) - self._sweep_orphans(fold.study, running_trials)
+                self._folds_done &= finished >= budget
                 open_slots = budget - finished - running
                 if open_slots > 0:
                     candidates.append((open_slots, -running, -index))
@@ -199,8 +199,8 @@ class Worker:
         """Check a trial claimed while the lock was lost; fail it if the fold went over budget."""
         study = self.folds[index].study
         with experiment_lock(self.options.storage, self.storage, self.options.experiment):
-            finished, running = self._counts(study)
-            if finished + running <= self.record.settings.trials_per_fold:
+            running_trials, finished = self._counted_trials(study)
+            if finished + len(running_trials) <= self.record.settings.trials_per_fold:
                 return trial
             logger.warning("%s trial %d was claimed while the experiment lock was lost and the fold is "
                            "over budget; failing it without retry", study.study_name, trial.number)
@@ -211,8 +211,8 @@ class Worker:
                 pass  # already failed by another worker
         return None
 
-    def _sweep_orphans(self, study: optuna.Study) -> None:
-        """Fail and retry RUNNING trials that no worker owns.
+    def _sweep_orphans(self, study: optuna.Study, running_trials: list[optuna.trial.FrozenTrial]) -> int:
+        """Fail and retry the RUNNING trials that no worker owns; return how many were failed.
 
         Claims set `worker_id` before they release the experiment lock, so a
         RUNNING trial without it comes from a claim that a lost database
@@ -224,7 +224,8 @@ class Worker:
         now = time.monotonic()
         previously_seen = self._orphans_seen.get(study.study_name, {})
         seen: dict[int, float] = {}
-        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        failed = 0
+        for trial in running_trials:
             if "worker_id" in trial.user_attrs:
                 continue
             first_seen = seen[trial.number] = previously_seen.get(trial.number, now)
@@ -232,8 +233,9 @@ class Worker:
                 continue
             logger.warning("%s trial %d has had no worker for %.0f s; failing it as orphaned",
                            study.study_name, trial.number, now - first_seen)
-            fail_and_retry(study, trial, "orphaned by an interrupted claim", self.record.settings.max_retries)
+            failed += fail_and_retry(study, trial, "orphaned by an interrupted claim", self.record.settings.max_retries)
         self._orphans_seen[study.study_name] = seen
+        return failed
 
     def _run_trial(self, index: int, trial: optuna.Trial) -> str:
         """Train one claimed trial and tell its result; returns complete, pruned, failed, interrupted or late."""
