@@ -47,11 +47,11 @@ def fold_attributes(
     }
 
 
-def _differences(stored: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+def _differences(stored: dict[str, Any], expected: dict[str, Any]) -> list[str]:
     """Describe each compared attribute that differs, recursing one level into settings."""
     lines = []
     for key in ("hpo_format", "hpo_version", "dataset_fingerprint", "n_molecules", "settings", "split"):
-        old, new = stored.get(key), wanted[key]
+        old, new = stored.get(key), expected[key]
         if old == new:
             continue
         if key == "settings" and isinstance(old, dict):
@@ -84,11 +84,11 @@ def create_experiment(
         _check_no_extra_folds(experiment, existing, settings.n_folds)
         for fold, split in enumerate(splits):
             name = study_name(experiment, fold)
-            wanted = fold_attributes(experiment, fold, settings, dataset, dataset_path, split)
+            expected = fold_attributes(experiment, fold, settings, dataset, dataset_path, split)
             if name in existing:
                 study = optuna.load_study(study_name=name, storage=storage)
                 if study.user_attrs.get("ready"):
-                    differences = _differences(study.user_attrs, wanted)
+                    differences = _differences(study.user_attrs, expected)
                     if differences:
                         raise ExperimentMismatchError(
                             f"experiment {experiment!r} already exists with other settings ({'; '.join(differences)}): "
@@ -100,7 +100,7 @@ def create_experiment(
             else:
                 study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
                 created.append(fold)
-            _fill_fold(study, wanted, settings)
+            _fill_fold(study, expected, settings)
     return CreateResult(created, completed, unchanged)
 
 

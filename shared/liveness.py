@@ -27,7 +27,7 @@ def keep_alive(storage: BaseStorage, trial_id: int, label: str) -> Iterator[None
     """Record heartbeats for the trial from a background thread while the block runs.
 
     Storages without heartbeats (the journal file) get a context that does
-    nothing, so the trial loop never asks which storage it has.
+    nothing, so the trial loop need not check which storage it has.
     """
     interval = heartbeat_interval(storage)
     if interval is None:

@@ -153,7 +153,7 @@ def open_storage(
             remaining = deadline - time.monotonic()
             reason = str(error.orig).strip().splitlines()[0] if error.orig else type(error).__name__
             if any(marker in reason for marker in _PERMANENT_CONNECT_ERRORS):
-                # The server answered and rejected the login: waiting cannot fix it.
+                # The server rejected the login, so waiting cannot fix it.
                 raise StorageError(f"database {mask_url(storage)} rejected the connection ({reason}): "
                                    "check the user, password and database name in the URL") from None
             if remaining <= 0:
@@ -238,7 +238,7 @@ def experiment_lock(storage_setting: str, storage: BaseStorage, experiment: str)
     Journal files use an flock on a file beside the journal, PostgreSQL a
     session advisory lock. Both are released when the holder dies. If the
     server drops the lock's connection while the block runs, the lock is gone
-    and another process may have counted the budget at the same time; the
+    and another process may have counted the budget at the same time. The
     yielded state then reads ``lost`` after the block, so the caller can check
     its work again.
     """
